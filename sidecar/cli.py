@@ -1,7 +1,7 @@
-"""Command line: flags and their SIDECAR_* environment fallbacks, then serve, check or validate.
+"""Command line: flags and their SIDECAR_* environment fallbacks, then the commands.
 
-Exit statuses: 0 success, 1 a check failed (check) or the server could not run (serve),
-2 invalid config or usage.
+Exit statuses: 0 success, 1 a check failed (check), a timeout (wait) or the server could not
+run (serve), 2 invalid config or usage, 128 + N after signal N (wait).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from sidecar import __version__, log
+from sidecar import wait as wait_module
 from sidecar.app import SERVER_STATE, create_app, open_checks
 from sidecar.checks.base import format_duration
 from sidecar.config import Config, ConfigError, load
@@ -62,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Probe a Pod's dependencies and serve their health to the kubelet.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="subcommand", required=True, metavar="COMMAND")
 
     serve = commands.add_parser(
         "serve",
@@ -90,6 +91,45 @@ def build_parser() -> argparse.ArgumentParser:
         description="Probe every check once, concurrently, each within its timeout, and print "
         "one row per check. Exit 0 when every critical check passed, 1 otherwise.",
     )
+    wait = commands.add_parser(
+        "wait",
+        parents=[common],
+        help="probe until the checks are healthy, for an init container; exit 1 on timeout",
+        description="Probe the selected checks in parallel until each is healthy "
+        "(success_threshold successes in a row) or --timeout passes. Retries start after "
+        f"{wait_module.FIRST_DELAY * 1000:.0f} ms and back off to the smaller of the check's "
+        "interval and --max-delay. Exit 0 when ready, 1 on timeout, 2 on an invalid config, "
+        "143 on SIGTERM. With -- COMMAND ARGS, the command replaces this process once ready.",
+    )
+    wait.add_argument(
+        "--check",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="wait for this check only; repeat for several (default: every check)",
+    )
+    wait.add_argument(
+        "--timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        default=_env("SIDECAR_WAIT_TIMEOUT", "300"),
+        help="seconds to wait in all before exiting 1 (env SIDECAR_WAIT_TIMEOUT; default 300)",
+    )
+    wait.add_argument(
+        "--max-delay",
+        type=_seconds,
+        metavar="SECONDS",
+        default=_env("SIDECAR_WAIT_MAX_DELAY", str(wait_module.DEFAULT_MAX_DELAY)),
+        help="longest pause in seconds between two probes of a check, which bounds how late "
+        "a dependency that comes up is noticed (env SIDECAR_WAIT_MAX_DELAY; "
+        f"default {wait_module.DEFAULT_MAX_DELAY})",
+    )
+    wait.add_argument(
+        "exec_command",
+        nargs=argparse.REMAINDER,
+        metavar="-- COMMAND ARGS",
+        help="a command to run in place of this process once every check is healthy",
+    )
     commands.add_parser(
         "validate",
         parents=[common],
@@ -97,6 +137,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Read and validate the config file without probing anything.",
     )
     return parser
+
+
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not seconds > 0 or seconds == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return seconds
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -111,14 +161,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         _print_config_error(args.config, exc)
         return EXIT_CONFIG
 
-    if args.command == "validate":
+    if args.subcommand == "validate":
         print(f"{args.config}: valid, {len(config.checks)} check(s)")
         for check in config.checks:
             critical = "critical" if check.critical else "not critical"
             print(f"  {check.name}: {check.kind} {check.target()} ({critical})")
         return EXIT_OK
-    if args.command == "check":
+    if args.subcommand == "check":
         return asyncio.run(_check(config))
+    if args.subcommand == "wait":
+        return _wait(config, args)
     return _serve(config, args)
 
 
@@ -156,6 +208,65 @@ async def _check(config: Config) -> int:
         cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
         print("  ".join([*cells, row[-1]]).rstrip())
     return EXIT_FAILED if failed_critical else EXIT_OK
+
+
+def _wait(config: Config, args: argparse.Namespace) -> int:
+    try:
+        config = wait_module.select_checks(config, args.check)
+    except ValueError as exc:
+        print(f"readiness-sidecar: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    command = list(args.exec_command)
+    if command[:1] == ["--"]:
+        command = command[1:]
+
+    status = asyncio.run(_run_wait(config, args.timeout, args.max_delay))
+    if status != EXIT_OK or not command:
+        return status
+    sys.stdout.flush()
+    try:
+        os.execvp(command[0], command)
+    except OSError as exc:
+        print(f"readiness-sidecar: cannot run {command[0]!r}: {exc.strerror}", file=sys.stderr)
+        return 127 if isinstance(exc, FileNotFoundError) else 126
+    return EXIT_FAILED  # not reached: execvp replaces the process
+
+
+async def _run_wait(config: Config, wait_seconds: float, max_delay: float) -> int:
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    received: list[signal.Signals] = []
+
+    def on_signal(signum: signal.Signals) -> None:
+        received.append(signum)
+        task.cancel()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+
+    def output(line: str) -> None:
+        print(line, flush=True)
+
+    names = ", ".join(check.name for check in config.checks)
+    output(f"waiting up to {wait_seconds:g} s for {names}")
+    try:
+        result = await wait_module.wait_for_checks(
+            config, wait_seconds=wait_seconds, max_delay=max_delay, output=output
+        )
+    except asyncio.CancelledError:
+        if not received:
+            raise
+        output(f"stopped by {received[0].name} before the checks were ready")
+        return 128 + received[0].value
+
+    if result.ready:
+        output(f"all {len(config.checks)} check(s) ready after {result.elapsed_seconds:.2f} s")
+        return EXIT_OK
+    output(f"timed out after {result.elapsed_seconds:.1f} s; not ready:")
+    for line in result.failing:
+        output(f"  {line}")
+    return EXIT_FAILED
 
 
 def _serve(config: Config, args: argparse.Namespace) -> int:

@@ -78,7 +78,8 @@ class Scheduler:
                 logger.error("probing tasks did not stop in time", extra={"tasks": len(pending)})
         self._tasks.clear()
         await asyncio.gather(*(self._close(check) for check in self.checks.values()))
-        logger.info("probing stopped")
+        if tasks:
+            logger.info("probing stopped")
 
     def dead_checks(self) -> list[str]:
         """Return the names of checks whose probing task has ended, which is a bug."""

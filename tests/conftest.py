@@ -6,7 +6,8 @@ import asyncio
 import os
 import shutil
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -21,6 +22,7 @@ from sidecar.checks.resolve import close_resolver, make_resolver
 from sidecar.config import Config, parse
 from sidecar.metrics import Metrics
 from sidecar.scheduler import Scheduler
+from tests.servers.mariadb import MariaDBServer, make_template
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -40,6 +42,20 @@ def make_config(checks: list[dict[str, Any]], **sections: Any) -> Config:
     """Validate a config built from Python values, as the YAML file would be."""
     document = {"checks": checks, **sections}
     return parse(yaml.safe_dump(document), "<test>", environ=os.environ)
+
+
+@pytest.fixture(scope="session")
+def mariadb_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    require_binary("mariadbd")
+    return make_template(tmp_path_factory.mktemp("mariadb-template"))
+
+
+@pytest.fixture
+def mariadb(tmp_path: Path, mariadb_template: Path) -> Iterator[MariaDBServer]:
+    server = MariaDBServer(tmp_path / "mariadb", template=mariadb_template)
+    server.start()
+    yield server
+    server.close()
 
 
 @pytest.fixture

@@ -6,32 +6,16 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from sidecar.checks.base import Reason, run_probe
 from sidecar.log import JsonFormatter
-from tests.conftest import make_config, require_binary
-from tests.servers.mariadb import MariaDBServer, make_template
+from tests.conftest import make_config
+from tests.servers.mariadb import MariaDBServer
 from tests.servers.tcp import HangingPort, SilentListener, free_port
 
 pytestmark = pytest.mark.mariadb
-
-
-@pytest.fixture(scope="session")
-def mariadb_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    require_binary("mariadbd")
-    return make_template(tmp_path_factory.mktemp("mariadb-template"))
-
-
-@pytest.fixture
-def mariadb(tmp_path: Path, mariadb_template: Path) -> Iterator[MariaDBServer]:
-    server = MariaDBServer(tmp_path / "mariadb", template=mariadb_template)
-    server.start()
-    yield server
-    server.close()
 
 
 @pytest.fixture

@@ -20,6 +20,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
+from tests.servers.process import wait_for_stop
+
 __all__ = [
     "Answer",
     "Behaviour",
@@ -777,6 +779,9 @@ class Dnsmasq:
     def freeze(self) -> None:
         """Suspend the process (SIGSTOP): queries then go unanswered."""
         self._signal(signal.SIGSTOP)
+        # Delivery is asynchronous: return only once the process has stopped.
+        if self._proc is not None:
+            wait_for_stop(self._proc.pid)
 
     def thaw(self) -> None:
         """Resume a frozen process (SIGCONT)."""

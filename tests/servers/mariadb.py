@@ -16,6 +16,8 @@ from typing import Any
 
 import pymysql
 
+from tests.servers.process import wait_for_stop
+
 # The template datadir is made once per test session and copied for each server, so the
 # passwords live in the template and are fixed here. They only guard throwaway servers
 # that listen on 127.0.0.1. The "pw-" prefix makes them easy to spot in logs and output.
@@ -334,6 +336,9 @@ class MariaDBServer:
             raise RuntimeError("mariadbd is not running")
         proc.send_signal(signal.SIGSTOP)
         self._state.frozen = True
+        # The signal is delivered asynchronously; return only once every thread has stopped,
+        # or a request sent right after freeze() could still be answered.
+        wait_for_stop(proc.pid)
 
     def thaw(self) -> None:
         """SIGCONT a frozen server."""
