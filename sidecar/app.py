@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -14,11 +15,13 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sidecar import __version__
-from sidecar.checks import Resources, create_check
+from sidecar.checks import Check, Resources, create_check
 from sidecar.checks.http import create_session
 from sidecar.checks.resolve import close_resolver, make_resolver
-from sidecar.config import Config
+from sidecar.config import CheckConfig, Config
+from sidecar.liveness import LoopMonitor, find_problems
 from sidecar.metrics import Metrics
+from sidecar.reload import ConfigReloader
 from sidecar.report import check_json, iso_time, text_body
 from sidecar.scheduler import Scheduler
 
@@ -41,6 +44,8 @@ CONFIG = web.AppKey("config", Config)
 METRICS = web.AppKey("metrics", Metrics)
 SCHEDULER = web.AppKey("scheduler", Scheduler)
 SERVER_STATE = web.AppKey("server_state", ServerState)
+RELOADER = web.AppKey("reloader", ConfigReloader)
+LOOP_MONITOR = web.AppKey("loop_monitor", LoopMonitor)
 
 
 def create_app(config: Config, metrics: Metrics | None = None) -> web.Application:
@@ -75,7 +80,11 @@ async def open_checks(config: Config, metrics: Metrics) -> AsyncIterator[Schedul
     resources = Resources(resolver=resolver, http=session)
     try:
         checks = [create_check(check, resources) for check in config.checks]
-        scheduler = Scheduler(checks, metrics)
+
+        def build(check: CheckConfig) -> Check[Any]:
+            return create_check(check, resources)
+
+        scheduler = Scheduler(checks, metrics, factory=build)
         try:
             yield scheduler
         finally:
@@ -86,10 +95,25 @@ async def open_checks(config: Config, metrics: Metrics) -> AsyncIterator[Schedul
 
 
 async def _probing(app: web.Application) -> AsyncIterator[None]:
-    async with open_checks(app[CONFIG], app[METRICS]) as scheduler:
+    config = app[CONFIG]
+    async with open_checks(config, app[METRICS]) as scheduler:
         app[SCHEDULER] = scheduler
         scheduler.start()
-        yield
+        reloader = ConfigReloader(config, scheduler, app[METRICS])
+        app[RELOADER] = reloader
+        monitor = LoopMonitor()
+        app[LOOP_MONITOR] = monitor
+        monitor.start()
+        task = None
+        if reloader.can_reload():
+            task = asyncio.create_task(reloader.run(), name="config-reload")
+        try:
+            yield
+        finally:
+            await monitor.stop()
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
 
 
 async def _add_headers(request: web.Request, response: web.StreamResponse) -> None:
@@ -205,23 +229,23 @@ async def _ready_one(request: web.Request) -> web.Response:
 
 
 async def _live(request: web.Request) -> web.Response:
-    # The event loop answers this request, so it runs; the probing tasks must run too.
+    # The sidecar's own health only: a responsive loop and probes that run on schedule.
     # Dependencies never affect this answer.
-    scheduler = request.app[SCHEDULER]
-    dead = scheduler.dead_checks()
+    problems = find_problems(request.app[SCHEDULER], request.app[LOOP_MONITOR])
     query = _Query(request, [])
+    status = 500 if problems else 200
     if query.json:
-        document = {"status": "fail" if dead else "pass", "live": not dead, "dead_checks": dead}
-        return _json(document, 500 if dead else 200)
-    if not dead and not query.verbose:
-        return _text("ok\n", 200)
-    lines = ["[+]event-loop ok"]
-    if dead:
-        lines.append(f"[-]probes failed: probing stopped for {', '.join(dead)}")
-    else:
-        lines.append("[+]probes ok")
-    lines.append("live check " + ("failed" if dead else "passed"))
-    return _text("\n".join(lines) + "\n", 500 if dead else 200)
+        document: dict[str, Any] = {
+            "status": "fail" if problems else "pass",
+            "live": not problems,
+            "problems": problems,
+        }
+        return _json(document, status)
+    if not problems and not query.verbose:
+        return _text("ok\n", status)
+    lines = [f"[-]{problem}" for problem in problems] or ["[+]event-loop ok", "[+]probes ok"]
+    lines.append("live check " + ("failed" if problems else "passed"))
+    return _text("\n".join(lines) + "\n", status)
 
 
 async def _metrics(request: web.Request) -> web.Response:

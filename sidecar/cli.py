@@ -19,7 +19,7 @@ from aiohttp import web
 
 from sidecar import __version__, log
 from sidecar import wait as wait_module
-from sidecar.app import SERVER_STATE, create_app, open_checks
+from sidecar.app import RELOADER, SERVER_STATE, create_app, open_checks
 from sidecar.checks.base import format_duration
 from sidecar.config import Config, ConfigError, load
 from sidecar.metrics import Metrics
@@ -326,6 +326,9 @@ async def _run_server(config: Config) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+    reloader = app[RELOADER]
+    if reloader.can_reload():
+        loop.add_signal_handler(signal.SIGHUP, reloader.request)
 
     await stop.wait()
     # Keep answering during the drain delay, so the kubelet sees /ready fail and the

@@ -52,6 +52,8 @@ class ServerConfig:
     port: int = DEFAULT_PORT
     # Seconds between SIGTERM and closing the listener, while /ready already answers 503.
     drain_delay: float = 5.0
+    # Seconds between checks of the config and secret files for changes; 0 turns it off.
+    watch_interval: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +68,10 @@ class CheckConfig:
     failure_threshold: int
     success_threshold: int
     critical: bool
+    # Seconds before the first probe.
+    initial_delay: float
+    # Interval while the check is not healthy, to see a recovery sooner.
+    interval_unhealthy: float
 
     def target(self) -> str:
         """Describe what the check probes, without secrets, for logs and answers."""
@@ -151,6 +157,21 @@ class Config:
     server: ServerConfig
     checks: tuple[CheckConfig, ...]
     source: str = ""
+
+    def files(self) -> tuple[str, ...]:
+        """The config file and every file it names (secrets, CA bundles), for watching."""
+        paths = [self.source] if self.source else []
+        for check in self.checks:
+            for value in (getattr(check, name, None) for name in _FILE_FIELDS):
+                if isinstance(value, Secret) and value.path:
+                    paths.append(value.path)
+                elif isinstance(value, str):
+                    paths.append(value)
+        return tuple(dict.fromkeys(paths))
+
+
+# Check fields that name files, or secrets that may come from files.
+_FILE_FIELDS = ("password", "bearer_token", "ca_file")
 
 
 def _join_host_port(host: str, port: int) -> str:
@@ -491,6 +512,8 @@ _COMMON_FIELDS: dict[str, _Parser] = {
     "failure_threshold": _positive_int,
     "success_threshold": _positive_int,
     "critical": _boolean,
+    "initial_delay": _non_negative_duration,
+    "interval_unhealthy": _positive_duration,
 }
 _BUILTIN_DEFAULTS: dict[str, Any] = {
     "interval": 5.0,
@@ -498,6 +521,9 @@ _BUILTIN_DEFAULTS: dict[str, Any] = {
     "failure_threshold": 1,
     "success_threshold": 1,
     "critical": True,
+    "initial_delay": 0.0,
+    # None means the check's own interval.
+    "interval_unhealthy": None,
 }
 
 # Per kind: field -> (parser, default). A default of _REQUIRED marks a required field.
@@ -542,6 +568,7 @@ _SERVER_FIELDS: dict[str, _Parser] = {
     "host": _host,
     "port": _port,
     "drain_delay": _non_negative_duration,
+    "watch_interval": _non_negative_duration,
 }
 
 
@@ -690,13 +717,19 @@ def _validate_check(
         # run and every problem of the check is listed at once.
         specific[key] = None if default is _REQUIRED else default
 
-    unparsed = {key for key in ("interval", "timeout") if key in raw and key not in parsed_common}
-    if not unparsed and common["timeout"] >= common["interval"]:
+    if common["interval_unhealthy"] is None:
+        common["interval_unhealthy"] = common["interval"]
+    timing = ("interval", "timeout", "interval_unhealthy")
+    unparsed = {key for key in timing if key in raw and key not in parsed_common}
+    for interval_key in ("interval", "interval_unhealthy"):
+        if unparsed or common["timeout"] < common[interval_key]:
+            continue
         problems.add(
             f"{path}.timeout",
-            f"must be less than interval ({_format_seconds(common['interval'])}), "
+            f"must be less than {interval_key} ({_format_seconds(common[interval_key])}), "
             f"got {_format_seconds(common['timeout'])}",
         )
+        break
     check = _BUILDERS[kind](name or "", common, specific, path, _Scope(problems, environ))
     return None if len(problems.lines) > before or name is None else check
 
@@ -803,7 +836,7 @@ def _read_secret(
             return None
         # Kubernetes Secret files and `echo` often end with a newline that is not part of
         # the credential.
-        return Secret(text.rstrip("\r\n"), f"file {file_path}")
+        return Secret(text.rstrip("\r\n"), f"file {file_path}", path=file_path)
     return None
 
 

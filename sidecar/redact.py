@@ -19,12 +19,14 @@ class Secret:
     Call `reveal()` at the one place that hands the value to a driver.
     """
 
-    __slots__ = ("_value", "source")
+    __slots__ = ("_value", "path", "source")
 
-    def __init__(self, value: str, source: str = "") -> None:
+    def __init__(self, value: str, source: str = "", path: str | None = None) -> None:
         self._value = value
         # Where the value came from, e.g. "env MYSQL_PASSWORD", safe to show.
         self.source = source
+        # The file it was read from, watched for rotation; None for other sources.
+        self.path = path
 
     def reveal(self) -> str:
         return self._value

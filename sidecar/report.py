@@ -32,6 +32,10 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds * 1000:.0f} ms" if seconds >= 0.001 else f"{seconds * 1e6:.0f} us"
 
 
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
 def _last_failure(state: CheckState) -> str:
     return (
         f"{state.last_reason}: {state.last_detail} after {_duration(state.last_duration_seconds)}"
@@ -69,7 +73,7 @@ def describe(state: CheckState, now: float) -> str:
         )
     return (
         f"[-]{state.name} failed{suffix}: {_last_failure(state)} "
-        f"({state.consecutive_failures} failures in a row, unhealthy {since})"
+        f"({_count(state.consecutive_failures, 'failure')} in a row, unhealthy {since})"
     )
 
 

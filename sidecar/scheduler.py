@@ -7,17 +7,31 @@ import logging
 import random
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sidecar.checks import Check, CheckResult, run_probe
+from sidecar.config import CheckConfig
 from sidecar.metrics import Metrics
 from sidecar.state import CheckState, Status, Transition, has_started, is_ready
 
 logger = logging.getLogger(__name__)
 
+
+@dataclass(frozen=True, slots=True)
+class ConfigChange:
+    """Names of the checks a new config added, changed and removed."""
+
+    added: tuple[str, ...]
+    changed: tuple[str, ...]
+    removed: tuple[str, ...]
+
+
 # Each wait between probes is the interval times a random factor in [1 - JITTER, 1 + JITTER],
 # so the Pods of a Deployment started together do not probe a shared dependency in step.
 JITTER = 0.1
+# Seconds between log lines about a check that keeps failing for the same reason.
+REMINDER_INTERVAL = 300.0
 
 
 class Scheduler:
@@ -34,41 +48,58 @@ class Scheduler:
         *,
         jitter: float = JITTER,
         wall_clock: Callable[[], float] = time.time,
+        factory: Callable[[CheckConfig], Check[Any]] | None = None,
+        reminder_interval: float = REMINDER_INTERVAL,
     ) -> None:
         self.checks = {check.name: check for check in checks}
+        # Builds a check from its config when apply() adds or changes one.
+        self.factory = factory
         self.metrics = metrics
         self._jitter = jitter
         self._wall_clock = wall_clock
-        now = wall_clock()
-        self.states = {
-            check.name: CheckState(
-                check.name,
-                check.config.kind,
-                critical=check.config.critical,
-                failure_threshold=check.config.failure_threshold,
-                success_threshold=check.config.success_threshold,
-                created_at=now,
-            )
-            for check in checks
-        }
-        # Monotonic time each check's last probe finished; /live reads it.
+        self._running = False
+        self.states = {check.name: self._new_state(check) for check in checks}
+        # Monotonic times each check's task started and its last probe finished; /live
+        # reads them.
+        self.task_started: dict[str, float] = {}
         self.last_finished: dict[str, float] = {}
         self._logged_reason: dict[str, str | None] = {}
+        # Per check: when its last failure was logged, and how many went unlogged since.
+        self._last_logged: dict[str, tuple[float, int]] = {}
+        self._outage_failures: dict[str, int] = {}
+        self.reminder_interval = reminder_interval
         self._tasks: dict[str, asyncio.Task[None]] = {}
         for check in checks:
             metrics.add_check(check.name, check.config.kind)
         self._update_overall()
 
+    def _new_state(self, check: Check[Any]) -> CheckState:
+        return CheckState(
+            check.name,
+            check.config.kind,
+            critical=check.config.critical,
+            failure_threshold=check.config.failure_threshold,
+            success_threshold=check.config.success_threshold,
+            created_at=self._wall_clock(),
+        )
+
     def start(self) -> None:
         """Start one probing task per check. Raises RuntimeError if already started."""
-        if self._tasks:
+        if self._running:
             raise RuntimeError("scheduler already started; call stop() before start()")
-        for name, check in self.checks.items():
-            self._tasks[name] = asyncio.create_task(self._run(check), name=f"check:{name}")
+        self._running = True
+        for check in self.checks.values():
+            self._start_task(check)
         logger.info("probing started", extra={"checks": len(self.checks)})
+
+    def _start_task(self, check: Check[Any]) -> None:
+        name = check.name
+        self.task_started[name] = time.monotonic()
+        self._tasks[name] = asyncio.create_task(self._run(check), name=f"check:{name}")
 
     async def stop(self, grace: float = 5.0) -> None:
         """Cancel the probing tasks, wait up to `grace` seconds, then close every check."""
+        self._running = False
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
@@ -80,6 +111,58 @@ class Scheduler:
         await asyncio.gather(*(self._close(check) for check in self.checks.values()))
         if tasks:
             logger.info("probing stopped")
+
+    async def apply(self, configs: Sequence[CheckConfig]) -> ConfigChange:
+        """Switch to a new list of checks; needs `factory`.
+
+        A check whose config is unchanged keeps its state, counters, task and open
+        connections. Removed and changed checks are stopped and closed; new and changed
+        ones start pending and, if the scheduler runs, are probed at once.
+        """
+        if self.factory is None:
+            raise RuntimeError("apply() needs a factory; pass factory= to Scheduler()")
+        build = self.factory
+        old_checks, old_states = self.checks, self.states
+        wanted = {config.name for config in configs}
+        removed = [name for name in old_checks if name not in wanted]
+        added: list[str] = []
+        changed: list[str] = []
+        checks: dict[str, Check[Any]] = {}
+        states: dict[str, CheckState] = {}
+        for config in configs:
+            current = old_checks.get(config.name)
+            if current is not None and current.config == config:
+                checks[config.name] = current
+                states[config.name] = old_states[config.name]
+                continue
+            (changed if current is not None else added).append(config.name)
+            checks[config.name] = build(config)
+            states[config.name] = self._new_state(checks[config.name])
+
+        for name in removed + changed:
+            await self._retire(old_checks[name])
+        # NOTE: both dicts are replaced whole, never mutated, so a request handler that
+        # iterates the old ones while this coroutine awaits sees a consistent set.
+        self.checks, self.states = checks, states
+        for name in added + changed:
+            self.metrics.add_check(name, checks[name].config.kind)
+            if self._running:
+                self._start_task(checks[name])
+        self._update_overall()
+        return ConfigChange(tuple(added), tuple(changed), tuple(removed))
+
+    async def _retire(self, check: Check[Any]) -> None:
+        task = self._tasks.pop(check.name, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        await self._close(check)
+        self.metrics.remove_check(check.name, check.config.kind)
+        self.last_finished.pop(check.name, None)
+        self.task_started.pop(check.name, None)
+        self._logged_reason.pop(check.name, None)
+        self._last_logged.pop(check.name, None)
+        self._outage_failures.pop(check.name, None)
 
     def dead_checks(self) -> list[str]:
         """Return the names of checks whose probing task has ended, which is a bug."""
@@ -100,12 +183,16 @@ class Scheduler:
         return {check.name: result for check, result in zip(checks, results, strict=True)}
 
     async def _run(self, check: Check[Any]) -> None:
-        interval = check.config.interval
+        config = check.config
+        state = self.states[check.name]
+        if config.initial_delay:
+            await asyncio.sleep(config.initial_delay)
         while True:
             started = time.monotonic()
             result = await run_probe(check)
             self.record(check, result)
 
+            interval = config.interval if state.is_healthy else config.interval_unhealthy
             delay = interval * random.uniform(1 - self._jitter, 1 + self._jitter)
             await asyncio.sleep(max(0.0, started + delay - time.monotonic()))
 
@@ -137,19 +224,24 @@ class Scheduler:
             },
         )
 
+        if not result.ok:
+            self._outage_failures[name] = self._outage_failures.get(name, 0) + 1
         if transition is not None:
             metrics.check_up.labels(name, kind).set(1 if state.is_healthy else 0)
             metrics.check_transitions.labels(name, kind, str(transition.current)).inc()
             self._update_overall()
             if log:
                 self._log_transition(transition)
+            if state.is_healthy:
+                self._outage_failures[name] = 0
         elif log and state.status is Status.UNHEALTHY and not result.ok:
-            self._log_reason_change(state, result)
+            self._log_repeat(state, result)
         return transition
 
     def _log_transition(self, transition: Transition) -> None:
         self._logged_reason[transition.check] = transition.reason
-        fields = {
+        self._last_logged[transition.check] = (time.monotonic(), 0)
+        fields: dict[str, Any] = {
             "check": transition.check,
             "type": transition.kind,
             "from": str(transition.previous),
@@ -159,21 +251,41 @@ class Scheduler:
             "previous_seconds": round(transition.previous_seconds, 3),
         }
         if transition.current is Status.HEALTHY:
+            if transition.previous is Status.UNHEALTHY:
+                fields["failed_probes"] = self._outage_failures.get(transition.check, 0)
             logger.info("check is healthy", extra=fields)
         else:
             logger.warning("check is unhealthy", extra=fields)
 
-    def _log_reason_change(self, state: CheckState, result: CheckResult) -> None:
-        if self._logged_reason.get(state.name) == result.reason:
+    def _log_repeat(self, state: CheckState, result: CheckResult) -> None:
+        """Log a failure of an unhealthy check when its reason changed, or as a reminder.
+
+        Identical failures in between are only counted, and the count goes into the next
+        line as `repeated`.
+        """
+        name = state.name
+        now = time.monotonic()
+        last_at, repeated = self._last_logged.get(name, (now, 0))
+        reason_changed = self._logged_reason.get(name) != result.reason
+        if not reason_changed and now - last_at < self.reminder_interval:
+            self._last_logged[name] = (last_at, repeated + 1)
             return
-        self._logged_reason[state.name] = result.reason
+        self._logged_reason[name] = result.reason
+        self._last_logged[name] = (now, 0)
+        message = (
+            "check is still unhealthy, for another reason"
+            if reason_changed
+            else "check is still unhealthy"
+        )
         logger.warning(
-            "check is still unhealthy, for another reason",
+            message,
             extra={
-                "check": state.name,
+                "check": name,
                 "type": state.kind,
                 "reason": result.reason,
                 "detail": result.detail,
+                "repeated": repeated,
+                "consecutive_failures": state.consecutive_failures,
             },
         )
 

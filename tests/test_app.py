@@ -267,7 +267,7 @@ async def test_live_fails_when_probe_task_dies(serve_sidecar, listener):
     status, body, _ = await sidecar.get("/live")
 
     assert status == 500
-    assert "probing stopped for db" in body
+    assert "[-]db: probing task ended" in body
 
 
 async def test_started_latch_survives_failure(serve_sidecar, scripted_http):

@@ -177,7 +177,9 @@ def test_valid_file_loads(path: Path, environ: dict[str, str]) -> None:
 def test_minimal_file_uses_builtin_defaults(environ: dict[str, str]) -> None:
     config = load(CONFIGS / "valid-minimal.yaml", environ=environ)
 
-    assert config.server == ServerConfig(host="0.0.0.0", port=8558, drain_delay=5.0)
+    assert config.server == ServerConfig(
+        host="0.0.0.0", port=8558, drain_delay=5.0, watch_interval=1.0
+    )
     assert config.checks == (
         TcpCheckConfig(
             name="cache",
@@ -186,6 +188,8 @@ def test_minimal_file_uses_builtin_defaults(environ: dict[str, str]) -> None:
             failure_threshold=1,
             success_threshold=1,
             critical=True,
+            initial_delay=0.0,
+            interval_unhealthy=5.0,
             host="redis",
             port=6379,
         ),
@@ -200,6 +204,8 @@ def test_every_field_file_parses_each_value(secrets_dir: Path, environ: dict[str
         "failure_threshold": 3,
         "success_threshold": 2,
         "critical": False,
+        "initial_delay": 0.0,
+        "interval_unhealthy": 10.0,
     }
 
     config = load(CONFIGS / "valid-every-field.yaml", environ=environ)
@@ -213,6 +219,8 @@ def test_every_field_file_parses_each_value(secrets_dir: Path, environ: dict[str
             failure_threshold=5,
             success_threshold=4,
             critical=True,
+            initial_delay=0.0,
+            interval_unhealthy=60.0,
             host="redis",
             port=6379,
         ),
@@ -302,6 +310,8 @@ def test_interpolation_file(environ: dict[str, str]) -> None:
         failure_threshold=3,
         success_threshold=1,
         critical=False,
+        initial_delay=0.0,
+        interval_unhealthy=10.0,
         host="redis",
         port=6380,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 
@@ -160,3 +161,36 @@ async def test_reason_change_logged_once(caplog):
     ]
     assert len(changes) == 1
     assert changes[0].reason == "connect_timeout"
+
+
+async def test_repeated_failures_counted_in_reminder(caplog):
+    caplog.set_level(logging.INFO, logger="sidecar")
+    check = ScriptedCheck("a", interval=0.02, timeout=0.01)
+    check.fail = True
+    scheduler = Scheduler([check], Metrics(), jitter=0, reminder_interval=0.2)
+    scheduler.start()
+    await asyncio.sleep(0.5)
+
+    check.fail = False
+    await asyncio.sleep(0.1)
+    await scheduler.stop()
+
+    reminders = [r for r in caplog.records if r.getMessage() == "check is still unhealthy"]
+    recovered = [r for r in caplog.records if r.getMessage() == "check is healthy"]
+    assert 1 <= len(reminders) <= 3
+    assert all(r.repeated >= 3 for r in reminders)
+    assert len(recovered) == 1
+    assert recovered[0].failed_probes >= 10
+
+
+async def test_interval_unhealthy_and_initial_delay():
+    check = ScriptedCheck("a", interval=1.0, timeout=0.05)
+    check.config = dataclasses.replace(check.config, interval_unhealthy=0.05, initial_delay=0.2)
+    check.fail = True
+    scheduler = Scheduler([check], Metrics(), jitter=0)
+    started = time.monotonic()
+
+    await run_for(scheduler, 0.6)
+
+    assert check.starts[0] - started >= 0.2
+    assert 5 <= len(check.starts) <= 10

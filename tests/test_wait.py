@@ -36,19 +36,48 @@ def start_wait(config: Path, *args: str, env: dict[str, str] | None = None) -> s
 
 
 class ExitWatcher:
-    """Record the monotonic time at which a process exits, from a background thread."""
+    """Read a process's output line by line and record when it exits, from a thread."""
 
     def __init__(self, process: subprocess.Popen) -> None:
         self.process = process
         self.exited_at: float | None = None
-        self.stdout = ""
+        self.lines: list[str] = []
         self.stderr = ""
+        self._new_line = threading.Condition()
         self._thread = threading.Thread(target=self._watch, daemon=True)
         self._thread.start()
 
+    @property
+    def stdout(self) -> str:
+        return "".join(self.lines)
+
     def _watch(self) -> None:
-        self.stdout, self.stderr = self.process.communicate()
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            with self._new_line:
+                self.lines.append(line)
+                self._new_line.notify_all()
+        self.process.stdout.close()
+        if self.process.stderr is not None:
+            self.stderr = self.process.stderr.read()
+            self.process.stderr.close()
+        self.process.wait()
         self.exited_at = time.monotonic()
+        with self._new_line:
+            self._new_line.notify_all()
+
+    def wait_for_line(self, prefix: str, timeout: float = 20.0) -> str:
+        """Block until the process prints a line starting with `prefix`; return it."""
+        deadline = time.monotonic() + timeout
+        with self._new_line:
+            while True:
+                for line in self.lines:
+                    if line.startswith(prefix):
+                        return line
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self.exited_at is not None:
+                    raise AssertionError(f"no line starting {prefix!r} in {self.stdout!r}")
+                self._new_line.wait(remaining)
 
     def join(self, timeout: float) -> int:
         self._thread.join(timeout)
@@ -75,7 +104,7 @@ def test_exits_0_when_port_opens(tmp_path):
     )
     process = start_wait(config, "--timeout", "20")
     watcher = ExitWatcher(process)
-    time.sleep(1.0)
+    watcher.wait_for_line("waiting: db refused")
 
     server = socket.create_server(("127.0.0.1", port))
     opened_at = time.monotonic()
@@ -159,9 +188,9 @@ def test_unresolved_name_retried(tmp_path):
         )
         process = start_wait(config, "--timeout", "20")
         watcher = ExitWatcher(process)
-        time.sleep(1.0)
+        watcher.wait_for_line("waiting: mysql-dns dns_nxdomain")
         dns.set("mysql.test", ServFail())
-        time.sleep(0.5)
+        watcher.wait_for_line("waiting: mysql-dns dns_servfail")
 
         dns.set("mysql.test", Answer(["10.0.0.5"]))
         status = watcher.join(20)
@@ -169,7 +198,7 @@ def test_unresolved_name_retried(tmp_path):
     assert status == 0, watcher.stdout
     assert "waiting: mysql-dns dns_nxdomain" in watcher.stdout
     assert "waiting: mysql-dns dns_servfail" in watcher.stdout
-    assert dns.queries("mysql.test") >= 5
+    assert dns.queries("mysql.test") >= 3
 
 
 def test_sigterm_exits_at_once(tmp_path):
@@ -179,7 +208,7 @@ def test_sigterm_exits_at_once(tmp_path):
     )
     process = start_wait(config, "--timeout", "60")
     watcher = ExitWatcher(process)
-    time.sleep(1.5)
+    watcher.wait_for_line("waiting: db refused")
 
     process.send_signal(signal.SIGTERM)
     signalled = time.monotonic()
@@ -305,7 +334,7 @@ def test_mariadb_coming_up(tmp_path, mariadb_template, monkeypatch):
             config, "--timeout", "60", env={"WAIT_TEST_PASSWORD": server.app_password}
         )
         watcher = ExitWatcher(process)
-        time.sleep(1.0)
+        watcher.wait_for_line("waiting: mysql refused")
 
         server.start()  # returns once a login over TCP works
         logins_work_at = time.monotonic()

@@ -159,13 +159,31 @@ def _translate(check: Check[Any], exc: Exception) -> tuple[Reason, str]:
     if general is not None:
         return general
     # An exception no translation expected is a gap in this package, so it is logged with
-    # its traceback. The traceback is redacted first: driver messages may quote credentials.
-    trace = "".join(traceback.format_exception(exc))
-    logger.error(
-        "probe raised an unexpected exception",
-        extra={"check": check.name, "traceback": redact(trace, check.secrets())},
-    )
+    # its traceback, once per check and exception type every UNEXPECTED_LOG_INTERVAL seconds.
+    # The traceback is redacted first: driver messages may quote credentials.
+    key = (check.name, type(exc).__name__)
+    now = time.monotonic()
+    last_at, repeated = _unexpected_logged.get(key, (None, 0))
+    if last_at is not None and now - last_at < UNEXPECTED_LOG_INTERVAL:
+        _unexpected_logged[key] = (last_at, repeated + 1)
+    else:
+        _unexpected_logged[key] = (now, 0)
+        trace = "".join(traceback.format_exception(exc))
+        logger.error(
+            "probe raised an unexpected exception",
+            extra={
+                "check": check.name,
+                "repeated": repeated,
+                "traceback": redact(trace, check.secrets()),
+            },
+        )
     return Reason.ERROR, f"{type(exc).__name__}: {exc}"
+
+
+# Seconds between two tracebacks of the same unexpected exception type for one check.
+UNEXPECTED_LOG_INTERVAL = 300.0
+# (check, exception type) -> (monotonic time last logged, occurrences not logged since).
+_unexpected_logged: dict[tuple[str, str], tuple[float, int]] = {}
 
 
 _REFUSED = {errno.ECONNREFUSED}

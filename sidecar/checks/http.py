@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 import socket
 import ssl
@@ -49,12 +50,18 @@ class HttpCheck(Check[HttpCheckConfig]):
             self._ssl = ssl.create_default_context(cafile=config.ca_file)
         self._headers = {"User-Agent": USER_AGENT, **dict(config.headers)}
         self._token = config.bearer_token
-        # aiohttp sends a password in the URL as Basic auth, and a server may repeat it.
-        password = URL(config.url).password
-        self._url_password = Secret(password) if password else None
+        # aiohttp sends a password in the URL as Basic auth, and a server may repeat the
+        # password or the encoded header value.
+        url = URL(config.url)
+        self._url_secrets: tuple[Secret, ...] = ()
+        if url.password:
+            self._url_secrets = (
+                Secret(url.password),
+                Secret(_basic_credentials(url.user or "", url.password)),
+            )
 
     def secrets(self) -> tuple[Secret | None, ...]:
-        return (self._token, self._url_password)
+        return (self._token, *self._url_secrets)
 
     async def probe(self) -> str:
         config = self.config
@@ -111,6 +118,16 @@ class HttpCheck(Check[HttpCheckConfig]):
         return None
 
 
+def _basic_credentials(user: str, password: str) -> str:
+    """Encode user and password as aiohttp's Basic auth header does (latin-1, base64)."""
+    pair = f"{user}:{password}"
+    try:
+        raw = pair.encode("latin1")
+    except UnicodeEncodeError:
+        raw = pair.encode("utf-8")
+    return base64.b64encode(raw).decode("ascii")
+
+
 async def _read_body(response: aiohttp.ClientResponse, limit: int) -> bytes:
     """Read the body up to `limit` bytes; `read(n)` alone stops at the first chunk."""
     body = bytearray()
@@ -125,7 +142,8 @@ async def _read_body(response: aiohttp.ClientResponse, limit: int) -> bytes:
 def _describe_status(response: aiohttp.ClientResponse) -> str:
     status = f"HTTP {response.status}"
     if response.reason:
-        status += f" {response.reason}"
+        # A reason phrase is the server's free text; keep it short.
+        status += f" {response.reason[:80]}"
     location = response.headers.get("Location")
     if 300 <= response.status < 400 and location:
         return f"{status}, redirect to {location} not followed (set follow_redirects)"
