@@ -59,6 +59,9 @@ class Scheduler:
         self._wall_clock = wall_clock
         self._running = False
         self.states = {check.name: self._new_state(check) for check in checks}
+        # The verdicts for all checks, kept current by _update_overall().
+        self.ready = False
+        self.started = False
         # Monotonic times each check's task started and its last probe finished; /live
         # reads them.
         self.task_started: dict[str, float] = {}
@@ -290,8 +293,12 @@ class Scheduler:
         )
 
     def _update_overall(self) -> None:
-        self.metrics.ready.set(1 if self.is_ready() else 0)
-        self.metrics.started.set(1 if self.has_started() else 0)
+        # NOTE: every change of a state's status or of the set of checks must end here, so
+        # that the cached verdicts, which /ready reads without a query, stay true.
+        self.ready = self.is_ready()
+        self.started = self.has_started()
+        self.metrics.ready.set(1 if self.ready else 0)
+        self.metrics.started.set(1 if self.started else 0)
 
     async def _close(self, check: Check[Any]) -> None:
         try:
