@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 
-from sidecar.checks.base import Check, ProbeError, Reason, translate_os_error
+from sidecar.checks.base import Check, ProbeError, Reason, Resources, translate_os_error
 from sidecar.checks.resolve import resolve_addresses
 from sidecar.config import TcpCheckConfig
+
+logger = logging.getLogger(__name__)
+
+
+# Ports where a bare TCP connect does harm. MySQL and MariaDB count a connection closed
+# before the handshake as a connect error, and after max_connect_errors of them (100 by
+# default) refuse every further connection from that host until FLUSH HOSTS.
+DATABASE_PORTS = {3306: "MySQL/MariaDB", 33060: "MySQL X Protocol"}
 
 
 class TcpCheck(Check[TcpCheckConfig]):
@@ -18,6 +27,17 @@ class TcpCheck(Check[TcpCheckConfig]):
     Fails with the reason of the last address tried: `refused`, `connect_timeout`,
     `unreachable`, or a `dns_*` reason when the name does not resolve.
     """
+
+    def __init__(self, config: TcpCheckConfig, resources: Resources) -> None:
+        super().__init__(config, resources)
+        server = DATABASE_PORTS.get(config.port)
+        if server is not None:
+            logger.warning(
+                "tcp check on a %s port: the server counts each bare connect as an error and "
+                "may block this host after max_connect_errors; use a mysql check instead",
+                server,
+                extra={"check": config.name, "port": config.port},
+            )
 
     async def probe(self) -> str:
         self.phase = "resolve"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from sidecar.checks.base import Reason, run_probe
 from tests.servers.dns import Answer, ScriptedDNSServer
@@ -99,3 +100,15 @@ async def test_unresolvable_name(make_check):
         result = await run_probe(check)
 
         assert result.reason is Reason.DNS_NXDOMAIN
+
+
+async def test_database_port_warns(make_check, caplog):
+    caplog.set_level(logging.WARNING, logger="sidecar")
+
+    make_check(type="tcp", host="127.0.0.1", port=3306)
+    make_check(name="other", type="tcp", host="127.0.0.1", port=6379)
+
+    warnings = [r for r in caplog.records if "max_connect_errors" in r.getMessage()]
+    assert len(warnings) == 1
+    assert warnings[0].check == "probe"
+    assert "use a mysql check instead" in warnings[0].getMessage()
