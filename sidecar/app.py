@@ -101,7 +101,7 @@ async def _probing(app: web.Application) -> AsyncIterator[None]:
         scheduler.start()
         reloader = ConfigReloader(config, scheduler, app[METRICS])
         app[RELOADER] = reloader
-        monitor = LoopMonitor()
+        monitor = LoopMonitor(scheduler)
         app[LOOP_MONITOR] = monitor
         monitor.start()
         task = None

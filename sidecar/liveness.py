@@ -17,16 +17,24 @@ MAX_LAG = 1.0
 # A check is stale when its last probe finished more than this many times
 # (interval + timeout) ago: its task no longer runs on schedule.
 STALE_FACTOR = 3.0
+# Seconds a probing task stays dead, and /live fails, before it is started again.
+REVIVE_AFTER = 1.0
 
 
 class LoopMonitor:
-    """Measures how late the event loop runs a timer, as evidence that the loop is blocked."""
+    """Measures how late the event loop runs a timer, as evidence that the loop is blocked.
 
-    def __init__(self) -> None:
+    Given a scheduler, it also restarts a probing task that has been dead for REVIVE_AFTER
+    seconds, after /live has reported it.
+    """
+
+    def __init__(self, scheduler: Scheduler | None = None) -> None:
         self.last_tick = time.monotonic()
         # Seconds the most recent tick came late.
         self.lag = 0.0
         self._task: asyncio.Task[None] | None = None
+        self._scheduler = scheduler
+        self._dead_since: dict[str, float] = {}
 
     def start(self) -> None:
         if self._task is not None:
@@ -48,6 +56,19 @@ class LoopMonitor:
             now = time.monotonic()
             self.lag = max(0.0, now - expected)
             self.last_tick = now
+            if self._scheduler is not None:
+                self._revive_dead(self._scheduler, now)
+
+    def _revive_dead(self, scheduler: Scheduler, now: float) -> None:
+        dead = set(scheduler.dead_checks())
+        for name in list(self._dead_since):
+            if name not in dead:
+                del self._dead_since[name]
+        for name in dead:
+            since = self._dead_since.setdefault(name, now)
+            if now - since >= REVIVE_AFTER:
+                scheduler.revive(name)
+                del self._dead_since[name]
 
     def problem(self, now: float) -> str | None:
         """Describe a blocked loop, or return None."""

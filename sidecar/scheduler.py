@@ -171,6 +171,19 @@ class Scheduler:
         """Return the names of checks whose probing task has ended, which is a bug."""
         return [name for name, task in self._tasks.items() if task.done()]
 
+    def revive(self, name: str) -> None:
+        """Log why a check's probing task ended and start a new one; keeps the state."""
+        task = self._tasks.get(name)
+        if task is None or not task.done() or not self._running:
+            return
+        error = None if task.cancelled() else task.exception()
+        logger.error(
+            "probing task ended; starting it again",
+            exc_info=error,
+            extra={"check": name, "cancelled": task.cancelled()},
+        )
+        self._start_task(self.checks[name])
+
     def is_ready(self, exclude: Sequence[str] = ()) -> bool:
         return is_ready(self.states.values(), exclude)
 

@@ -257,17 +257,24 @@ async def test_live_ignores_dependencies(serve_sidecar):
     assert statuses == [200, 200, 200]
 
 
-async def test_live_fails_when_probe_task_dies(serve_sidecar, listener):
+async def test_live_fails_then_task_restarts(serve_sidecar, listener, caplog):
     config = make_config([tcp_check("db", listener.port, interval=0.2, timeout=0.1)])
     sidecar = await serve_sidecar(config)
     task = sidecar.scheduler._tasks["db"]
 
+    # The test-only hook: end the task from outside, as a bug in a probe loop would.
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     status, body, _ = await sidecar.get("/live")
+    probes_before = sidecar.scheduler.states["db"].probes
+    recovered_after = await sidecar.wait_for("/live", 200, deadline=5)
+    await asyncio.sleep(0.5)
 
     assert status == 500
     assert "[-]db: probing task ended" in body
+    assert recovered_after < 3
+    assert sidecar.scheduler.states["db"].probes > probes_before
+    assert any(r.getMessage() == "probing task ended; starting it again" for r in caplog.records)
 
 
 async def test_started_latch_survives_failure(serve_sidecar, scripted_http):
