@@ -236,10 +236,17 @@ def parse(text: str, source: str = "<config>", environ: Mapping[str, str] | None
         document = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise ConfigError([f"{source}: invalid YAML: {_describe_yaml_error(exc)}"], source) from exc
+    except ValueError as exc:
+        # PyYAML raises it for an integer of more than 4,300 digits.
+        raise ConfigError([f"{source}: invalid YAML: {_one_line(str(exc))}"], source) from exc
+    except RecursionError as exc:
+        raise ConfigError([f"{source}: invalid YAML: nested too deeply"], source) from exc
 
     problems = _Problems()
     environ = os.environ if environ is None else environ
-    document = _interpolate(document, environ, "", problems)
+    if isinstance(document, dict):
+        # Any other root is rejected below; its path would have no name to start with.
+        document = _interpolate(document, environ, "", problems, {})
     config = _validate_document(document, source, problems, environ)
     if problems.lines or config is None:
         raise ConfigError(problems.lines or [f"{source}: config is empty"], source)
@@ -250,16 +257,36 @@ def _describe_yaml_error(exc: yaml.YAMLError) -> str:
     mark = getattr(exc, "problem_mark", None)
     problem = getattr(exc, "problem", None) or str(exc)
     if mark is None:
-        return str(problem)
-    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+        return _one_line(str(problem))
+    return f"{_one_line(str(problem))} at line {mark.line + 1}, column {mark.column + 1}"
 
 
-def _interpolate(value: Any, environ: Mapping[str, str], path: str, problems: _Problems) -> Any:
-    """Substitute `${VAR}` and `${VAR:-default}` in every string; `$$` is a literal `$`."""
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _interpolate(
+    value: Any, environ: Mapping[str, str], path: str, problems: _Problems, done: dict[int, Any]
+) -> Any:
+    """Substitute `${VAR}` and `${VAR:-default}` in every string; `$$` is a literal `$`.
+
+    `done` maps the id of each list and mapping already handled to its result, so a YAML
+    alias is substituted once and shared, and an alias that contains itself ends.
+    """
+    if isinstance(value, dict | list) and id(value) in done:
+        return done[id(value)]
     if isinstance(value, dict):
-        return {k: _interpolate(v, environ, _child(path, k), problems) for k, v in value.items()}
+        mapping: dict[Any, Any] = {}
+        done[id(value)] = mapping
+        for k, v in value.items():
+            mapping[k] = _interpolate(v, environ, _child(path, k), problems, done)
+        return mapping
     if isinstance(value, list):
-        return [_interpolate(v, environ, f"{path}[{i}]", problems) for i, v in enumerate(value)]
+        items: list[Any] = []
+        done[id(value)] = items
+        for i, v in enumerate(value):
+            items.append(_interpolate(v, environ, f"{path}[{i}]", problems, done))
+        return items
     if not isinstance(value, str) or "$" not in value:
         return value
 
@@ -281,7 +308,11 @@ def _interpolate(value: Any, environ: Mapping[str, str], path: str, problems: _P
 
 
 def _child(path: str, key: Any) -> str:
-    return f"{path}.{key}" if path else str(key)
+    name = str(key)
+    if not name.isprintable() or not name or name != name.strip():
+        # Quoted, so a line break cannot split the problem and an empty key still shows.
+        name = repr(name)
+    return f"{path}.{name}" if path else name
 
 
 class _Problems:
@@ -341,7 +372,8 @@ def _non_negative_duration(value: Any) -> float:
 
 
 def _integer(value: Any) -> int:
-    if isinstance(value, _Interpolated) and re.fullmatch(r"-?[0-9]+", value.strip()):
+    # At most 18 digits: int() refuses strings of more than 4,300, and no field needs more.
+    if isinstance(value, _Interpolated) and re.fullmatch(r"-?[0-9]{1,18}", value.strip()):
         return int(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise _Invalid(f"must be an integer, got {value!r}")
@@ -420,7 +452,7 @@ def _nameserver(value: Any) -> str:
     """Accept `ip`, `ip:port`, `[ipv6]` or `[ipv6]:port`; return c-ares' `ip:port` form."""
     text = _string(value).strip()
     match = re.fullmatch(
-        r"\[([0-9A-Fa-f:.]+)\](?::(\d+))?|([0-9.]+)(?::(\d+))?|([0-9A-Fa-f:]+)", text
+        r"\[([0-9A-Fa-f:.]+)\](?::(\d{1,5}))?|([0-9.]+)(?::(\d{1,5}))?|([0-9A-Fa-f:]+)", text
     )
     if match is None:
         raise _Invalid(f"must be an IP address with an optional :port, got {value!r}")
@@ -438,22 +470,24 @@ def _url(value: Any) -> str:
     text = _string(value).strip()
     try:
         url = URL(text)
+        # yarl decodes a punycode host here, and raises UnicodeError (a ValueError) for an
+        # invalid one.
+        host = url.host
     except (ValueError, TypeError) as exc:
         raise _Invalid(f"must be an http or https URL, got {redact_url(text)!r}") from exc
-    if url.scheme not in ("http", "https") or not url.host:
+    if url.scheme not in ("http", "https") or not host:
         # The URL may carry a password, so the message shows only its scheme and host.
         raise _Invalid(
-            f"must be an http or https URL with a host, got scheme {url.scheme!r} "
-            f"and host {url.host!r}"
+            f"must be an http or https URL with a host, got scheme {url.scheme!r} and host {host!r}"
         )
     try:
         _ = url.port
     except ValueError as exc:
         raise _Invalid(f"has an invalid port: {exc}") from exc
     try:
-        _host(url.host)
+        _host(host)
     except _Invalid as exc:
-        raise _Invalid(f"has an invalid host {url.host!r}; expected a hostname or IP") from exc
+        raise _Invalid(f"has an invalid host {host!r}; expected a hostname or IP") from exc
     return text
 
 
@@ -586,7 +620,7 @@ def _validate_document(
         return None
     for key in document:
         if key not in ("server", "defaults", "checks"):
-            problems.add(str(key), "unknown key; expected server, defaults or checks")
+            problems.add(_child("", key), "unknown key; expected server, defaults or checks")
 
     server = _validate_server(document.get("server"), problems)
     defaults = _validate_defaults(document.get("defaults"), problems)

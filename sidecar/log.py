@@ -11,6 +11,8 @@ import sys
 import time
 from typing import Any
 
+from aiohttp.http_exceptions import HttpProcessingError
+
 from sidecar.redact import redact_url
 
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
@@ -96,3 +98,47 @@ def setup(log_format: str = "auto", level: str = "info") -> None:
         library.handlers = [handler]
         library.setLevel(logging.WARNING)
         library.propagate = False
+    server_logger = logging.getLogger("aiohttp.server")
+    for old_filter in list(server_logger.filters):
+        if isinstance(old_filter, _MalformedRequestFilter):
+            server_logger.removeFilter(old_filter)
+    server_logger.addFilter(_MalformedRequestFilter())
+
+
+class _MalformedRequestFilter(logging.Filter):
+    """Turns aiohttp's traceback for a request it rejected as malformed into one short line,
+    at most once every MALFORMED_LOG_INTERVAL seconds, with the number of others since.
+
+    The client already got a 400 that names the problem; a traceback per bad request would
+    let any scanner flood the log.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last_logged: float | None = None
+        self._suppressed = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if not isinstance(error, HttpProcessingError):
+            return True
+        now = time.monotonic()
+        if self._last_logged is not None and now - self._last_logged < MALFORMED_LOG_INTERVAL:
+            self._suppressed += 1
+            return False
+        record.msg = "rejected a malformed HTTP request: %s"
+        record.args = (_one_line(str(error))[:200],)
+        record.exc_info = None
+        record.exc_text = None
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.__dict__["repeated"] = self._suppressed
+        self._last_logged, self._suppressed = now, 0
+        return True
+
+
+# Seconds between two log lines about malformed requests.
+MALFORMED_LOG_INTERVAL = 60.0
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())

@@ -10,7 +10,9 @@ MASK = "******"
 # The userinfo part of a URL: scheme://user:password@host. Only the password is masked.
 # The password part runs to the last `@` before the path, so an unencoded `@` in a password
 # is masked too.
-_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^/@:\s]*):[^/\s]*@")
+# The scheme is bounded (RFC 3986 sets no limit, real ones are short): unbounded, each start
+# inside a long run of letters rescans the run, which takes time quadratic in its length.
+_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]{0,63}://[^/@:\s]*):[^/\s]*@")
 
 
 class Secret:

@@ -38,10 +38,12 @@ class DnsCheck(Check[DnsCheckConfig]):
                     nameservers=self.config.nameservers,
                     resolv_conf=self.config.resolv_conf,
                 )
-            except OSError as exc:
+            except (OSError, ValueError) as exc:
+                # ValueError: a path with a NUL byte, which validation lets through.
+                cause = getattr(exc, "strerror", None) or exc
                 raise ProbeError(
                     Reason.ERROR,
-                    f"cannot read resolv_conf {self.config.resolv_conf!r}: {exc.strerror or exc}",
+                    f"cannot read resolv_conf {self.config.resolv_conf!r}: {cause}",
                 ) from exc
         return self._resolver
 
@@ -121,7 +123,7 @@ def _raise_if_chain(host: str, record: str, result: pycares.DNSResult) -> None:
     if chain:
         raise ProbeError(
             Reason.DNS_NO_ANSWER,
-            f"{host}: CNAME chain {' -> '.join([host, *chain])} ends without a {record} record",
+            f"{host}: CNAME chain {' -> '.join([host, *chain])} ends without {record} records",
         )
 
 
