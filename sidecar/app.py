@@ -34,7 +34,7 @@ SHARED_RESOLVER_TIMEOUT = 5.0
 
 @dataclass(slots=True)
 class ServerState:
-    """What the endpoints need besides the checks: whether the sidecar is stopping."""
+    """Server-wide state the endpoints read besides the checks: whether the sidecar is stopping."""
 
     shutting_down: bool = False
     started_at: float = field(default_factory=time.time)

@@ -46,7 +46,7 @@ class ConfigError(SidecarError):
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
-    """Where the HTTP server listens and how it stops."""
+    """Listen address and shutdown timing of the HTTP server."""
 
     host: str = "0.0.0.0"
     port: int = DEFAULT_PORT
@@ -787,7 +787,7 @@ def _format_seconds(seconds: float) -> str:
 
 @dataclass(slots=True)
 class _Scope:
-    """What a builder needs besides the fields: the problem list and the environment."""
+    """Problem list and environment that a builder needs besides the fields."""
 
     problems: _Problems
     environ: Mapping[str, str]

@@ -43,7 +43,7 @@ def _last_failure(state: CheckState) -> str:
 
 
 def describe(state: CheckState, now: float) -> str:
-    """One line in the style of the Kubernetes API server's `/readyz?verbose`."""
+    """Describe one check in one line, like the Kubernetes API server's `/readyz?verbose`."""
     suffix = "" if state.critical else " (not critical)"
     since = f"since {iso_time(state.last_change_at)}, {_ago(now - state.last_change_at)} ago"
     if state.status is Status.HEALTHY:
@@ -86,7 +86,7 @@ def text_body(
     now: float,
     reason: str | None = None,
 ) -> str:
-    """The verbose text body: one line per check, warnings, then the verdict."""
+    """Build the verbose text body: one line per check, warnings, then the verdict."""
     excluded = set(excluded)
     lines = []
     for state in states:
@@ -103,7 +103,7 @@ def text_body(
 
 
 def check_json(state: CheckState, target: str) -> dict[str, Any]:
-    """The JSON object for one check."""
+    """Build the JSON object for one check."""
     return {
         "name": state.name,
         "type": state.kind,

@@ -15,7 +15,7 @@ class Status(enum.StrEnum):
 
 
 class ProbeOutcome(Protocol):
-    """What the state needs from one probe result."""
+    """Fields of one probe result that the state reads."""
 
     @property
     def ok(self) -> bool: ...

@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 
 class Reason(enum.StrEnum):
-    """Why a probe failed. A closed set: it is a metric label value."""
+    """Failure reason of a probe. A closed set, because it is a metric label value."""
 
     REFUSED = "refused"
     CONNECT_TIMEOUT = "connect_timeout"
